@@ -1,0 +1,5 @@
+import sys
+
+from seganypet.cli import main
+
+sys.exit(main())
