@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from seganypet.errors import InputError
 from seganypet.image import PETImage
@@ -221,8 +221,10 @@ def _local_means(values: np.ndarray, valid: np.ndarray, kernel: np.ndarray) -> t
 
     ``values`` and ``valid`` (float, 0/1) share a shape; voxels beyond the array count as missing.
     """
-    num = signal.fftconvolve(values * valid, kernel, mode="same")
-    den = signal.fftconvolve(valid, kernel, mode="same")
+    from scipy.signal import fftconvolve  # imported here: scipy.signal takes ~1-2 s to import
+
+    num = fftconvolve(values * valid, kernel, mode="same")
+    den = fftconvolve(valid, kernel, mode="same")
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(den > 1e-9, num / np.maximum(den, 1e-12), np.nan)
     return mean, den / kernel.sum()
