@@ -8,10 +8,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 python -m pip install --quiet "nninteractive-client==2.6.0" "playwright>=1.40" "requests>=2.28"
 python -m pip install --quiet --no-deps "monailabel==0.8.5"
-bash "$here/setup_web.sh"
-if ! command -v chromium >/dev/null 2>&1; then
+need=()
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq chromium >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+bash "$here/setup_web.sh"
 chromium --version
