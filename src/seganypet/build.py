@@ -63,6 +63,7 @@ PRESETS: dict[str, ModelConfig] = {
         prompt_embed_dim=96,
         decoder_transformer_mlp_dim=512,
         box_embeddings=True,
+        dense_pe_axis_quirk=False,
     ),
     # Very small, for tests: one windowed (padded) block and one global block.
     "tiny": ModelConfig(
@@ -76,6 +77,7 @@ PRESETS: dict[str, ModelConfig] = {
         iou_head_hidden_dim=32,
         decoder_transformer_mlp_dim=64,
         box_embeddings=True,
+        dense_pe_axis_quirk=False,
     ),
 }
 

@@ -108,3 +108,19 @@ def test_encode_bfloat16_close_to_float32(tiny):
         e16 = tiny.encode(crop, bfloat16=True)
     assert e16.dtype == torch.float32
     assert float((e16 - e32).norm() / e32.norm()) < 3e-2
+
+
+def test_dense_pe_matches_points_without_quirk():
+    """Our presets drop the published axis quirk: a click at a token's centre has that token's PE."""
+    import torch
+
+    from seganypet.build import build_model
+
+    model = build_model("tiny")
+    assert model.config.dense_pe_axis_quirk is False
+    pe = model.prompt_encoder.get_dense_pe()
+    a, b, c = 1, 5, 3
+    point = torch.tensor([[[(a + 0.5) * 16 - 0.5, (b + 0.5) * 16 - 0.5, (c + 0.5) * 16 - 0.5]]])
+    enc = model.prompt_encoder.pe_layer.forward_with_coords(point + 0.5, (128, 128, 128))[0, 0]
+    torch.testing.assert_close(enc, pe[0, :, a, b, c], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(enc, pe[0, :, b, a, c], atol=1e-3)

@@ -55,6 +55,10 @@ class ModelConfig:
     supports_boxes: bool = False
     #: windowed blocks use the exact closed-form padding attention (False: the published padded one)
     fast_window: bool = True
+    #: keep the published dense-PE axis quirk (``get_dense_pe()[:, :, a, b, c]`` encodes the point
+    #: ``(b, a, c)``). The published weights need it; for a model trained from scratch it makes the
+    #: decoder look for an off-centre click at the i/j-transposed position, so our presets turn it off.
+    dense_pe_axis_quirk: bool = True
     #: free-form name of the preset this config came from ("" when unknown)
     name: str = field(default="", compare=False)
 

@@ -32,15 +32,17 @@ class PositionEmbeddingRandom3D(nn.Module):
         coords = 2 * math.pi * coords
         return torch.cat([torch.sin(coords), torch.cos(coords), torch.sin(coords)], dim=-1)
 
-    def forward(self, size: tuple[int, int, int]) -> torch.Tensor:
-        """Encoding ``(C, x, y, z)`` of the voxel centres of a grid, with the published axis quirk:
-        the feature at ``[:, a, b, c]`` encodes the normalised point ``(b, a, c)``."""
+    def forward(self, size: tuple[int, int, int], axis_quirk: bool = True) -> torch.Tensor:
+        """Encoding ``(C, x, y, z)`` of the voxel centres of a grid. With ``axis_quirk`` (the published
+        behaviour) the feature at ``[:, a, b, c]`` encodes the normalised point ``(b, a, c)``; without
+        it, the point ``(a, b, c)`` — the same encoding a click at that voxel gets."""
         x, y, z = size
         grid = torch.ones((x, y, z), device=self.positional_encoding_gaussian_matrix.device)
         y_embed = (grid.cumsum(dim=0) - 0.5) / y
         x_embed = (grid.cumsum(dim=1) - 0.5) / x
         z_embed = (grid.cumsum(dim=2) - 0.5) / z
-        pe = self._pe_encoding(torch.stack([x_embed, y_embed, z_embed], dim=-1))
+        coords = [x_embed, y_embed, z_embed] if axis_quirk else [y_embed, x_embed, z_embed]
+        pe = self._pe_encoding(torch.stack(coords, dim=-1))
         return pe.permute(3, 0, 1, 2)
 
     def forward_with_coords(
@@ -68,6 +70,7 @@ class PromptEncoder3D(nn.Module):
         self.image_embedding_size = (g, g, g)
         self.input_image_size = (c.image_size,) * 3
         self.pe_layer = PositionEmbeddingRandom3D(c.prompt_embed_dim // 3)
+        self.dense_pe_axis_quirk = c.dense_pe_axis_quirk
         self.num_point_embeddings = 2
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, c.prompt_embed_dim) for _ in range(2))
         self.not_a_point_embed = nn.Embedding(1, c.prompt_embed_dim)
@@ -87,8 +90,9 @@ class PromptEncoder3D(nn.Module):
         )
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Dense positional encoding ``(1, C, g, g, g)`` of the embedding grid (axis quirk kept)."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Dense positional encoding ``(1, C, g, g, g)`` of the embedding grid (the published axis
+        quirk when ``config.dense_pe_axis_quirk``)."""
+        return self.pe_layer(self.image_embedding_size, self.dense_pe_axis_quirk).unsqueeze(0)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points.to(torch.float32) + 0.5
