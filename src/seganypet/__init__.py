@@ -25,7 +25,16 @@ _LAZY = {
     "compute_stats": "seganypet.quant",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "PETImage",
+    "read_pet",
+    "write_label_map",
+    "load_model",
+    "save_model",
+    "Session",
+    "compute_stats",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from seganypet.build import load_model, save_model

@@ -84,7 +84,4 @@ class PETImage:
         sp = "x".join(f"{s:.3g}" for s in self.spacing)
         finite = self.array[np.isfinite(self.array)]
         vmax = float(finite.max()) if finite.size else float("nan")
-        return (
-            f"shape {'x'.join(map(str, self.shape))}, spacing {sp} mm, units {self.units}, "
-            f"max {vmax:.4g}"
-        )
+        return f"shape {'x'.join(map(str, self.shape))}, spacing {sp} mm, units {self.units}, max {vmax:.4g}"

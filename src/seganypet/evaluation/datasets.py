@@ -27,6 +27,7 @@ import numpy as np
 
 from seganypet.errors import InputError
 from seganypet.image import PETImage
+from seganypet.io.nifti import read_volume
 
 logger = logging.getLogger("seganypet.evaluation.datasets")
 
@@ -75,36 +76,6 @@ class EvalCase:
             if obj.kind == "lesion":
                 out |= obj.mask
         return out
-
-
-def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI (nibabel) or MHA/NRRD (SimpleITK) volume -> ``(array (I,J,K), affine RAS mm)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist.")
-    try:
-        if path.name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            img = nib.load(str(path))
-            arr = np.asarray(img.dataobj)
-            affine = np.asarray(img.affine, dtype=np.float64)
-        else:
-            import SimpleITK as sitk
-
-            img = sitk.ReadImage(str(path))
-            arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
-            d = np.asarray(img.GetDirection()).reshape(3, 3)
-            affine = np.eye(4)
-            affine[:3, :3] = d * np.asarray(img.GetSpacing())
-            affine[:3, 3] = img.GetOrigin()
-            affine[:2] *= -1  # LPS -> RAS
-    except Exception as err:  # nibabel/SimpleITK raise many types
-        raise InputError(f"{path}: cannot read the volume ({err}).") from err
-    arr = np.squeeze(arr)
-    if arr.ndim != 3:
-        raise InputError(f"{path}: expected a 3D volume, got shape {arr.shape}.")
-    return arr, affine
 
 
 def _manifest_cases(path: Path) -> list[CaseSpec]:

@@ -20,6 +20,7 @@ import numpy as np
 from seganypet.errors import ModelError
 from seganypet.evaluation.baselines import ENGINE_NAMES, ThresholdEngine
 from seganypet.image import PETImage
+from seganypet.utils import sha256_file
 
 logger = logging.getLogger("seganypet.evaluation.engines")
 
@@ -89,14 +90,6 @@ class Engine:
         return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_weights_path() -> Path:
     """Where ``load_model("default")`` finds the shipped weights (``seganypet.build.DEFAULT_WEIGHTS``)."""
     from seganypet.build import DEFAULT_WEIGHTS
@@ -108,7 +101,7 @@ def model_fingerprint(spec: str) -> str:
     """sha256 of the checkpoint behind a model name/path (``name:<spec>`` when it is not a file)."""
     path = default_weights_path() if spec == "default" else Path(spec)
     if path.is_file():
-        return _sha256(path)
+        return sha256_file(path)
     return f"name:{spec}"
 
 
@@ -139,7 +132,7 @@ def make_engine(spec: Any, device: str = "cpu", radius_mm: float | None = None) 
         return Engine(name, Session(model=spec, device=device), fingerprint=module_fingerprint(spec))
     if spec in ENGINE_NAMES:
         kwargs = {} if radius_mm is None else {"radius_mm": radius_mm}
-        code = _sha256(Path(__file__).with_name("baselines.py"))[:16]
+        code = sha256_file(Path(__file__).with_name("baselines.py"))[:16]
         return Engine(
             spec, ThresholdEngine(spec, **kwargs), fingerprint=f"baseline:{spec}:{radius_mm}:{code}"
         )

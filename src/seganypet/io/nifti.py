@@ -121,6 +121,22 @@ def read_itk(path: Path, label: str) -> tuple[np.ndarray, np.ndarray, dict[str, 
     return squeeze_to_3d(data, label), LPS_TO_RAS @ lps, meta
 
 
+def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI or MHA/MHD/NRRD volume as it is (no SUV, no unit handling), e.g. a label map.
+
+    Returns ``(array float32 (I, J, K), affine 4x4 RAS mm)``; errors are :class:`InputError` subclasses.
+    """
+    path = Path(path)
+    label = str(path)
+    if not path.is_file():
+        raise ImageReadError(f"{label} does not exist or is not a file")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        data, affine, _ = read_nifti(path, label)
+    else:
+        data, affine, _ = read_itk(path, label)
+    return data, affine
+
+
 def read_ecat(path: Path, label: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """ECAT7 via nibabel (first frame when there is one frame only) -> (array, affine, metadata)."""
     import nibabel as nib

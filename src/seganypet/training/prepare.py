@@ -18,7 +18,6 @@ linear for the image, nearest for labels) and written atomically.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -36,8 +35,9 @@ import numpy as np
 
 from seganypet.errors import InputError
 from seganypet.geometry import to_model_grid
+from seganypet.io.nifti import read_volume
 from seganypet.training.store import MODEL_SPACING_MM, object_index, rebuild_manifest, save_b2nd, write_json
-from seganypet.utils import progress
+from seganypet.utils import progress, sha256_file
 
 logger = logging.getLogger("seganypet.training.prepare")
 
@@ -193,41 +193,6 @@ def discover(root: Path, layout: str = "auto", prefix: str = "", kind: str = "or
     return cases
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI (or MHA/NRRD via SimpleITK) -> (array (I,J,K), affine 4x4 RAS mm)."""
-    try:
-        if path.name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            img = nib.load(str(path))
-            arr = np.asarray(img.dataobj)
-            affine = np.asarray(img.affine, dtype=np.float64)
-        else:
-            import SimpleITK as sitk
-
-            img = sitk.ReadImage(str(path))
-            arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
-            d = np.asarray(img.GetDirection()).reshape(3, 3)
-            affine = np.eye(4)
-            affine[:3, :3] = d * np.asarray(img.GetSpacing())
-            affine[:3, 3] = img.GetOrigin()
-            affine[:2] *= -1  # LPS -> RAS
-    except Exception as err:  # nibabel/SimpleITK raise many types
-        raise InputError(f"{path}: cannot read the volume ({err}).") from err
-    arr = np.squeeze(arr)
-    if arr.ndim != 3:
-        raise InputError(f"{path}: expected a 3D volume, got shape {arr.shape}.")
-    return arr, affine
-
-
 def stable_fraction(case_id: str) -> float:
     """A number in [0, 1) fixed by the case id (crc32), for reproducible random splits."""
     return (zlib.crc32(case_id.encode()) & 0xFFFFFFFF) / 2**32
@@ -247,8 +212,8 @@ def prepare_case(case: SourceCase, store: Path, split: str) -> dict[str, Any]:
     from seganypet import __version__
 
     t0 = time.perf_counter()
-    img, aff = _read_volume(case.image)
-    lab, laff = _read_volume(case.label)
+    img, aff = read_volume(case.image)
+    lab, laff = read_volume(case.label)
     if img.shape != lab.shape or not np.allclose(aff, laff, atol=1e-3):
         raise InputError(f"{case.label}: label grid differs from the image grid of {case.image}.")
     if not np.all(np.isfinite(img)):
@@ -280,8 +245,8 @@ def prepare_case(case: SourceCase, store: Path, split: str) -> dict[str, Any]:
         "source": {
             "image": str(case.image.resolve()),
             "label": str(case.label.resolve()),
-            "image_sha256": _sha256(case.image),
-            "label_sha256": _sha256(case.label),
+            "image_sha256": sha256_file(case.image),
+            "label_sha256": sha256_file(case.label),
             "original_shape": [int(s) for s in img.shape],
             "original_affine": np.asarray(aff).tolist(),
         },
@@ -318,7 +283,9 @@ def _is_done(case: SourceCase, store: Path) -> bool:
         src = json.loads(meta_path.read_text())["source"]
     except (json.JSONDecodeError, KeyError):
         return False
-    return src.get("image_sha256") == _sha256(case.image) and src.get("label_sha256") == _sha256(case.label)
+    return src.get("image_sha256") == sha256_file(case.image) and src.get("label_sha256") == sha256_file(
+        case.label
+    )
 
 
 def prepare(
