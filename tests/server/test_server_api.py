@@ -12,8 +12,8 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
+from server_helpers import CENTRE, MAXW, SHAPE
 
-from conftest import CENTRE, MAXW, SHAPE
 from seganypet.inference import Session
 from seganypet.io import read_pet
 
@@ -229,8 +229,8 @@ def test_index_explains_missing_bundle(start_server, tiny_model, monkeypatch, tm
 
 def test_dicom_zip_upload_and_dicom_seg_export(start_server, tiny_model, tmp_path):
     import pydicom
+    from server_helpers import make_volume
 
-    from conftest import make_volume
     from seganypet.image import PETImage
     from seganypet.phantoms.dicom import write_pet_dicom
 

@@ -17,8 +17,7 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-
-from conftest import CENTRE
+from server_helpers import CENTRE
 
 CHROMIUM = os.environ.get("SEGANYPET_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from server_helpers import CENTRE, MAXW, requires_in_ci
 
-from conftest import CENTRE, MAXW, requires_in_ci
 from seganypet.inference import Session
 from seganypet.io import read_pet
 

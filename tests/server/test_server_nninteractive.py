@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
+from server_helpers import CENTRE, MAXW, make_volume, requires_in_ci
 
-from conftest import CENTRE, MAXW, make_volume, requires_in_ci
 from seganypet.image import PETImage
 from seganypet.inference import Session
 

@@ -15,8 +15,7 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-
-from conftest import CENTRE, MAXW, free_port, make_volume
+from server_helpers import CENTRE, MAXW, free_port, make_volume
 
 
 def _labels(c: httpx.Client, sid: str) -> np.ndarray:

@@ -7,8 +7,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from server_helpers import requires_in_ci
 
-from conftest import requires_in_ci
 from seganypet.errors import InputError
 from seganypet.server.nninteractive import pack_array, unpack_array
 from seganypet.server.security import (
