@@ -9,6 +9,13 @@ runs (on a machine shared with other jobs, the 1-thread CPU time is the better e
 single-core time; with 2 threads it includes OpenMP spin-waiting). Prints a table and writes JSON
 to benchmarks/results/encoder.json.
 
+The host's speed varies (shared CPUs: the same run can take 0.8 s or 1.3 s minutes apart), so each
+measurement also times a float32 matrix product (512x768 @ 768x3072, the encoder's MLP shape) in the
+same process and reports "GFLOP/s" achieved by the measured part next to that "sgemm"
+reference: their ratio is the efficiency, which does not depend on how loaded the host is. "min ms"
+is the best run. The allocator setting the CLI and server use (``seganypet.utils.tune_allocator``)
+is applied unless ``--no-tune-malloc``.
+
     OMP_NUM_THREADS=2 nice python benchmarks/encoder.py                 # all presets, 2 threads
     python benchmarks/encoder.py --presets vit_b_ori --repeats 5 --naive-repeats 2
 """
@@ -41,6 +48,10 @@ def _measure(job: dict, queue: mp.Queue) -> None:
 
         from seganypet.build import build_model
 
+        if job.get("tune_malloc", True):
+            from seganypet.utils import tune_allocator
+
+            tune_allocator()
         torch.set_num_threads(job["threads"])
         torch.manual_seed(0)
         model = build_model(job["preset"]).eval().to(job["device"])
@@ -80,9 +91,15 @@ def _measure(job: dict, queue: mp.Queue) -> None:
                         times.append(time.perf_counter() - t0)
                         cpu.append(time.process_time() - c0)
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+            sgemm = _sgemm_gflops(job["device"], sync)  # after the peak-memory reading
+            flops = _flops(model, x, job["kind"])
         queue.put(
             {
                 "ms": 1000 * statistics.median(times),
+                "min_ms": 1000 * min(times),
+                "gflop": flops / 1e9,
+                "gflops": flops / 1e9 / statistics.median(times),
+                "sgemm_gflops": sgemm,
                 "cpu_ms": 1000 * statistics.median(cpu),
                 "runs": len(times),
                 "peak_mb": max(peak, 0.0),
@@ -90,6 +107,42 @@ def _measure(job: dict, queue: mp.Queue) -> None:
         )
     except Exception as err:  # noqa: BLE001 - reported in the table
         queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def _sgemm_gflops(device: str, sync) -> float:
+    """Median GFLOP/s of a float32 (512, 768) @ (768, 3072) product: the machine's speed right now."""
+    import torch
+
+    a, b = torch.randn(512, 768, device=device), torch.randn(768, 3072, device=device)
+    times = []
+    for i in range(12):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return 2 * 512 * 768 * 3072 / statistics.median(times) / 1e9
+
+
+def _flops(model, x, kind: str) -> float:
+    """Floating-point operations of one pass (torch's FlopCounterMode: matmuls, convolutions, SDPA)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if kind == "encoder":
+            model.image_encoder(x)
+        else:
+            emb = torch.zeros(
+                1, model.config.prompt_embed_dim, *(model.config.grid_size,) * 3, device=x.device
+            )
+            model.predict(
+                emb,
+                torch.tensor([[[64.0, 60.0, 70.0]]], device=x.device),
+                torch.tensor([[1]], device=x.device),
+            )
+    return float(counter.get_total_flops())
 
 
 def run_job(job: dict) -> dict:
@@ -141,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16-repeats", type=int, default=2, help="timed runs of the bf16 path")
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--no-tune-malloc", action="store_true", help="leave glibc's allocator thresholds at their defaults"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -169,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     threads=threads,
                     repeats=repeats,
                     device=args.device,
+                    tune_malloc=not args.no_tune_malloc,
                 )
                 row = run_job(job)
                 rows.append(row)
@@ -201,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_bf16:
         accuracy = [bf16_accuracy(p, args.threads[0]) for p in args.presets]
 
-    cols = ("preset", "part", "impl", "dtype", "thr", "runs", "median ms", "cpu ms", "x naive", "peak MB")
-    fmt = "{:10s} {:15s} {:5s} {:8s} {:>3} {:>4} {:>10} {:>9} {:>8} {:>8}"
+    cols = (
+        "preset", "part", "impl", "dtype", "thr", "runs", "median ms", "min ms", "cpu ms", "x naive",
+        "peak MB", "GFLOP", "GFLOP/s", "sgemm",
+    )  # fmt: skip
+    fmt = "{:10s} {:15s} {:5s} {:8s} {:>3} {:>4} {:>10} {:>8} {:>9} {:>8} {:>8} {:>7} {:>8} {:>6}"
     header = fmt.format(*cols)
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
@@ -211,7 +271,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratio = f"{r['speedup_vs_naive_f32']:.1f}" if "speedup_vs_naive_f32" in r else ""
         vals = (r["preset"], r["kind"], r["impl"], r["dtype"], r["threads"], r["runs"])
-        print(fmt.format(*vals, f"{r['ms']:.1f}", f"{r['cpu_ms']:.1f}", ratio, f"{r['peak_mb']:.0f}"))
+        print(
+            fmt.format(
+                *vals,
+                f"{r['ms']:.1f}",
+                f"{r['min_ms']:.1f}",
+                f"{r['cpu_ms']:.1f}",
+                ratio,
+                f"{r['peak_mb']:.0f}",
+                f"{r['gflop']:.2f}",
+                f"{r['gflops']:.0f}",
+                f"{r['sgemm_gflops']:.0f}",
+            )
+        )
     for a in accuracy:
         emb_err, log_err = a["embedding_rel_err"], a["logits_rel_err"]
         print(f"bf16 vs f32 ({a['preset']}): embedding rel err {emb_err:.2e}, low-res logits {log_err:.2e}")
@@ -222,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "bf16_accuracy": accuracy,
         "bf16_native": bf16_native,
+        "tune_malloc": not args.no_tune_malloc,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),

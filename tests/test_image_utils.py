@@ -45,3 +45,22 @@ def test_atomic_path_folder(tmp_path):
         tmp.mkdir()
         (tmp / "1.dcm").write_bytes(b"x")
     assert (out / "1.dcm").exists()
+
+
+def test_tune_allocator_applies_once_and_can_be_switched_off():
+    import subprocess
+    import sys
+
+    code = "import sys; from seganypet.utils import tune_allocator as t; a = t(); b = t(); print(a, b)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == out[1]  # cached: the second call reports the first one's result
+    if sys.platform.startswith("linux"):
+        import ctypes.util
+
+        if "libc.so.6" in (ctypes.util.find_library("c") or ""):
+            assert out[0] == "True"  # glibc accepts both thresholds
+    env = {**__import__("os").environ, "SEGANYPET_NO_TUNE_MALLOC": "1"}
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert off.stdout.split() == ["False", "False"]

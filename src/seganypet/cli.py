@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from seganypet import __version__
 from seganypet.errors import SegAnyPETError
-from seganypet.utils import set_progress
+from seganypet.utils import set_progress, tune_allocator
 
 # name -> module under seganypet.commands (order = order in --help)
 COMMANDS = [
@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.no_progress:
         set_progress(False)
+    tune_allocator()
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

@@ -41,6 +41,7 @@ from seganypet.server.sessions import (
     SessionManager,
     SessionNotFoundError,
 )
+from seganypet.utils import tune_allocator
 
 logger = logging.getLogger("seganypet.server")
 
@@ -129,6 +130,7 @@ def create_app(config: ServerConfig, provider: Any | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_allocator()  # also when the app runs under a plain ``uvicorn`` (not through the CLI)
         manager.start()
         yield
         await manager.stop()
