@@ -244,3 +244,21 @@ def test_evaluate_manifest_and_label_selection(dataset, tmp_path):
         EvalConfig(labels="liver")
     with pytest.raises(InputError, match="protocol"):
         EvalConfig(protocol="nnunet")
+
+
+def test_evaluate_large_object_strategies_side_by_side(dataset, tmp_path, capsys):
+    build = pytest.importorskip("seganypet.build")
+    ckpt = tmp_path / "tiny.pt"
+    build.save_model(build.build_model("tiny"), ckpt, {"note": "random weights, plumbing test"})
+    out = tmp_path / "lo"
+    argv = ["--no-progress", "evaluate", "--data", str(dataset), "--cases", "case_a", "--model", str(ckpt),
+            "--model", "threshold-41", "--clicks", "1", "--labels", "lesions", "--overlays", "0",
+            "--large-objects", "extend", "zoom", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = _rows(out / "objects.csv")
+    assert {r["method"] for r in rows} == {"tiny", "tiny+zoom", "threshold-41"}  # baselines run once
+    run = json.loads((out / "run.json").read_text())
+    assert run["fingerprints"]["tiny+zoom"] == run["fingerprints"]["tiny"] + "+zoom"  # cached apart
+    with pytest.raises(SystemExit) as exc:
+        main([*argv[:-5], "--large-objects", "sideways", "-o", str(tmp_path / "bad")])
+    assert exc.value.code == 2 and "sideways" in capsys.readouterr().err

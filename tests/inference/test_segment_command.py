@@ -205,3 +205,23 @@ def test_dicom_seg_output_from_real_dicom(tmp_path, capsys, tiny_model_path, sha
     assert seg.Modality == "SEG"
     assert seg.SegmentSequence[0].SegmentLabel == "lesion"
     assert "lesion:" in stdout
+
+
+@pytest.mark.parametrize("strategy", ["zoom", "zoom-coarse", "none"])
+def test_large_objects_option(tmp_path, capsys, tiny_model_path, pet_path, strategy):
+    out = tmp_path / f"{strategy}.nii.gz"
+    code, _, err = _run(
+        capsys,
+        ["--no-progress", "segment", "-i", str(pet_path), "-o", str(out), "--model", str(tiny_model_path),
+         "--point", "20,18,25", "--large-objects", strategy],
+    )  # fmt: skip
+    assert code == 0, err
+    assert nib.load(out).shape == (40, 36, 50)
+
+
+def test_large_objects_bad_value_exits_2(tmp_path, capsys, tiny_model_path, pet_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "-i", str(pet_path), "-o", str(tmp_path / "x.nii.gz"), "--model",
+              str(tiny_model_path), "--point", "20,18,25", "--large-objects", "sideways"])  # fmt: skip
+    assert exc.value.code == 2 and "sideways" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists()

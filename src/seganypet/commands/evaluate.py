@@ -59,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device of the models (cpu, cuda)")
     parser.add_argument("--overlays", type=int, default=3, help="number of cases with an overlay figure (3)")
+    parser.add_argument(
+        "--large-objects",
+        nargs="+",
+        choices=("extend", "zoom", "zoom-coarse", "none"),
+        default=["extend"],
+        help="strategies for objects larger than one crop; models are evaluated with each, named "
+        "e.g. default+zoom (default: extend)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         radius_mm=args.radius,
         overlays=max(0, args.overlays),
+        large_objects=args.large_objects,
     )
     summary = result["files"]["summary.md"]
     print(summary.read_text(), file=sys.stdout)

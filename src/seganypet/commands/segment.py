@@ -89,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="crops per object at most; objects touching a crop face extend into new crops (1: never)",
     )
+    parser.add_argument(
+        "--large-objects",
+        choices=("extend", "zoom", "zoom-coarse", "none"),
+        default="extend",
+        help="objects larger than one crop: more full-resolution crops along the touched faces "
+        "(extend, default), a zoomed-out 3 mm pass then refinement (zoom), the zoomed-out pass only "
+        "(zoom-coarse), or nothing (none)",
+    )
     parser.add_argument("--stats", default=None, help="also write per-object statistics (.csv or .json)")
     parser.add_argument(
         "--trust-checkpoint", action="store_true", help="allow full pickle loading of a checkpoint you trust"
@@ -179,6 +187,7 @@ def segment_image(
     overlap: str = "keep",
     trust_checkpoint: bool = False,
     max_windows: int = 8,
+    large_objects: str = "extend",
 ) -> tuple[np.ndarray, dict[int, str], list[float]]:
     """Segment ``objects`` (:class:`~seganypet.inference.prompts.ObjectPrompts`) on ``image``.
 
@@ -198,7 +207,7 @@ def segment_image(
         model = load_model(model, device=str(dev), trust_checkpoint=trust_checkpoint)
     if max_windows < 1:
         raise InputError(f"--max-windows must be at least 1, got {max_windows}.")
-    session = Session(model, dev, overlap=overlap, max_windows=max_windows)
+    session = Session(model, dev, overlap=overlap, max_windows=max_windows, large_objects=large_objects)
     session.set_image(image)
     times = []
     for obj in progress(objects, desc="objects", unit="object"):
@@ -223,7 +232,14 @@ def run(args: argparse.Namespace) -> int:
             f"DICOM SEG output needs a DICOM input; {args.input} is not DICOM, so write a .nii.gz instead."
         )
     label_map, names, times = segment_image(
-        image, objects, args.model, args.device, args.overlap, args.trust_checkpoint, args.max_windows
+        image,
+        objects,
+        args.model,
+        args.device,
+        args.overlap,
+        args.trust_checkpoint,
+        args.max_windows,
+        args.large_objects,
     )
     if out_type == "nifti":
         out = write_label_map(label_map, image, args.output, names)

@@ -121,15 +121,23 @@ def module_fingerprint(module: Any) -> str:
     return h.hexdigest()
 
 
-def make_engine(spec: Any, device: str = "cpu", radius_mm: float | None = None) -> Engine:
+def make_engine(
+    spec: Any, device: str = "cpu", radius_mm: float | None = None, large_objects: str = "extend"
+) -> Engine:
     """An :class:`Engine` for a ``--model`` value: a baseline name (``threshold-2.5``,
     ``threshold-41``, ``percist``), ``default``, a preset/registered model name, a checkpoint path,
-    or (Python API) a loaded model module (named by its ``name`` attribute or class name)."""
+    or (Python API) a loaded model module (named by its ``name`` attribute or class name).
+
+    ``large_objects`` is the session's strategy for objects larger than one crop
+    (:class:`seganypet.Session`); other than ``"extend"`` it is appended to the name (``default+zoom``).
+    """
+    tag = "" if large_objects == "extend" else f"+{large_objects}"
     if not isinstance(spec, str):
         from seganypet.inference import Session
 
-        name = str(getattr(spec, "name", "") or type(spec).__name__)
-        return Engine(name, Session(model=spec, device=device), fingerprint=module_fingerprint(spec))
+        name = str(getattr(spec, "name", "") or type(spec).__name__) + tag
+        session = Session(model=spec, device=device, large_objects=large_objects)
+        return Engine(name, session, fingerprint=module_fingerprint(spec) + tag)
     if spec in ENGINE_NAMES:
         kwargs = {} if radius_mm is None else {"radius_mm": radius_mm}
         code = sha256_file(Path(__file__).with_name("baselines.py"))[:16]
@@ -144,5 +152,5 @@ def make_engine(spec: Any, device: str = "cpu", radius_mm: float | None = None) 
         ) from err
     if spec != "default" and Path(spec).suffix and not Path(spec).is_file():
         raise ModelError(f"model file {spec} does not exist.")
-    session = Session(model=spec, device=device)
-    return Engine(method_name(spec), session, fingerprint=model_fingerprint(spec))
+    session = Session(model=spec, device=device, large_objects=large_objects)
+    return Engine(method_name(spec) + tag, session, fingerprint=model_fingerprint(spec) + tag)

@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from seganypet.evaluation.datasets import (
     load_case,
     parse_label_filter,
 )
-from seganypet.evaluation.engines import Engine, make_engine
+from seganypet.evaluation.engines import ENGINE_NAMES, Engine, make_engine
 from seganypet.evaluation.metrics import lesion_measures, object_metrics, trapezoid_auc
 from seganypet.utils import atomic_path, progress
 
@@ -271,6 +272,7 @@ def evaluate(
     device: str = "cpu",
     radius_mm: float | None = None,
     overlays: int = 3,
+    large_objects: Sequence[str] = ("extend",),
 ) -> dict[str, Any]:
     """Run ``cfg`` for every model on every case, then write the tables and plots into ``outdir``.
 
@@ -281,6 +283,8 @@ def evaluate(
         outdir: output folder (created); ``outdir/cache`` holds the per-case results.
         cases: fnmatch patterns of case ids to keep.
         overlays: number of cases that get an overlay figure.
+        large_objects: session strategies for objects larger than one crop; every model (not the
+            baselines) is evaluated with each (named ``model+zoom`` etc. when not ``"extend"``).
 
     Returns:
         ``{"files": {name: path}, "objects": rows, "cases": rows, "autopet": rows}``.
@@ -293,7 +297,12 @@ def evaluate(
         raise InputError("the same --model is named twice.")
     outdir = Path(outdir)
     specs: list[CaseSpec] = find_cases(data, cases)
-    engines = [make_engine(m, device=device, radius_mm=radius_mm) for m in models]
+    pairs = [
+        (m, lo)
+        for m in models
+        for lo in (["extend"] if isinstance(m, str) and m in ENGINE_NAMES else list(large_objects))
+    ]
+    engines = [make_engine(m, device=device, radius_mm=radius_mm, large_objects=lo) for m, lo in pairs]
     names = [e.name for e in engines]
     if len(set(names)) != len(names):
         raise InputError(f"two models have the same name ({', '.join(names)}); rename a checkpoint file.")
@@ -339,7 +348,8 @@ def evaluate(
         loaded=loaded,
         run_info={
             "data": [str(d) for d in data],
-            "models": [m if isinstance(m, str) else e.name for m, e in zip(models, engines)],
+            "models": [m if isinstance(m, str) else e.name for (m, _), e in zip(pairs, engines)],
+            "large_objects": list(large_objects),
             "fingerprints": {e.name: e.fingerprint for e in engines},
             "device": device,
             "radius_mm": radius_mm,

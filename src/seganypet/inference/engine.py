@@ -3,6 +3,8 @@
 Everything here works on the model grid (canonical RAS+, 1.5 mm; :class:`seganypet.geometry.GridMap`)
 with crops of ``S = model.config.image_size`` (128) voxels and low-res logits of ``M = S // 4`` (32).
 A *window* is one crop position plus the prompts given in it and the last low-res logits it produced.
+A window of ``scale`` 2 (the zoomed-out pass, :mod:`seganypet.inference.zoom`) covers ``2 S`` model
+voxels (384 mm), the image averaged over 2x2x2 blocks (3 mm voxels) before it enters the model.
 """
 
 from __future__ import annotations
@@ -31,15 +33,19 @@ class Window:
 
     Attributes:
         origin: model-grid index of crop voxel ``(0, 0, 0)`` (may be negative: padded crop).
-        kind: ``"click"`` (holds user prompts) or ``"extension"`` (prompts derived from the mask of
-            its ``parent`` window, re-derived whenever the object changes).
-        points: crop voxel coordinates ``(i, j, k)`` of the point prompts, in order.
+        kind: ``"click"`` (holds user prompts), ``"extension"`` (prompts derived from the mask of
+            its ``parent`` window, re-derived whenever the object changes), ``"zoom"`` (the
+            zoomed-out pass of a click window) or ``"refine"`` (a full-resolution window prompted
+            from the zoomed-out mask); the last two are re-derived like extensions.
+        points: crop voxel coordinates ``(i, j, k)`` of the point prompts, in order (for a window of
+            ``scale`` s, in its coarse voxels: model index ``m`` is ``(m - origin - (s - 1) / 2) / s``).
         labels: 1 positive, 0 negative, one per point.
         box: two opposite crop-voxel corners, or ``None``.
         logits: ``(M, M, M)`` float32 low-res logits of the last prediction (read-only).
         parent: index of the parent window (extension windows), else -1.
         mask_prompt: the ``(M, M, M)`` mask prompt this prediction was made with (extension windows:
             to know when a re-derivation changes nothing).
+        scale: model voxels per crop voxel along each axis (1, or 2 for a zoomed-out window).
     """
 
     origin: tuple[int, int, int]
@@ -50,9 +56,11 @@ class Window:
     logits: np.ndarray = field(repr=False)
     parent: int = -1
     mask_prompt: np.ndarray | None = field(default=None, repr=False, compare=False)
+    scale: int = 1
 
     def contains(self, m: Sequence[int], size: int) -> bool:
-        return all(self.origin[a] <= m[a] < self.origin[a] + size for a in range(3))
+        """Whether model voxel ``m`` lies in the window (``size``: the model's crop size S)."""
+        return all(self.origin[a] <= m[a] < self.origin[a] + size * self.scale for a in range(3))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -150,7 +158,7 @@ class Engine:
             else normalization
         )
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self.grid: GridMap | None = None
         self.array: np.ndarray | None = None
         self.timings: dict[str, float] = {}
@@ -180,26 +188,31 @@ class Engine:
             out.append(o)
         return (out[0], out[1], out[2])
 
-    def crop(self, origin: Sequence[int]) -> np.ndarray:
-        """``(S, S, S)`` float32 model-grid voxels of the crop (0 outside the image)."""
+    def crop(self, origin: Sequence[int], scale: int = 1) -> np.ndarray:
+        """``(S, S, S)`` float32 crop (0 outside the image): the model-grid voxels
+        ``[origin, origin + S·scale)``, averaged over ``scale³`` blocks when ``scale > 1``."""
         assert self.grid is not None and self.array is not None
-        return self.grid.sample_crop(self.array, origin, self.size)
+        s = self.size
+        crop = self.grid.sample_crop(self.array, origin, s * scale)
+        if scale > 1:
+            crop = crop.reshape(s, scale, s, scale, s, scale).mean(axis=(1, 3, 5), dtype=np.float32)
+        return crop
 
-    def embedding(self, origin: tuple[int, int, int]) -> torch.Tensor:
-        """Image embedding of the crop at ``origin`` (cached)."""
-        key = tuple(int(v) for v in origin)
-        hit = self._cache.get(key)  # type: ignore[arg-type]
+    def embedding(self, origin: tuple[int, int, int], scale: int = 1) -> torch.Tensor:
+        """Image embedding of the crop at ``origin`` and ``scale`` (cached)."""
+        key = (*(int(v) for v in origin), int(scale))
+        hit = self._cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(key)  # type: ignore[arg-type]
+            self._cache.move_to_end(key)
             return hit
         t0 = time.perf_counter()
-        x = normalize(self.crop(key), self.normalization)[None, None].to(self.device)
+        x = normalize(self.crop(key[:3], scale), self.normalization)[None, None].to(self.device)
         t1 = time.perf_counter()
         with torch.inference_mode():
             emb = self.model.encode(x)
         self.timings["crop_normalize_s"] = t1 - t0
         self.timings["encoder_s"] = time.perf_counter() - t1
-        self._cache[key] = emb  # type: ignore[index]
+        self._cache[key] = emb
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return emb
@@ -211,9 +224,10 @@ class Engine:
         labels: Sequence[int],
         box: Any = None,
         mask_prompt: np.ndarray | None = None,
+        scale: int = 1,
     ) -> np.ndarray:
-        """Low-res logits ``(M, M, M)`` float32 for prompts in the crop at ``origin``."""
-        emb = self.embedding(origin)
+        """Low-res logits ``(M, M, M)`` float32 for prompts in the crop at ``origin`` and ``scale``."""
+        emb = self.embedding(origin, scale)
         t0 = time.perf_counter()
         dev = self.device
         pts = torch.tensor(np.asarray(points, dtype=np.float32).reshape(1, -1, 3), device=dev)
@@ -248,11 +262,11 @@ class Engine:
         ``a`` of the region's voxels. ``None`` when the crop covers no input voxel.
         """
         assert self.grid is not None
-        hit = self.grid.paste_indices(w.origin, self.size)
+        hit = self.grid.paste_indices(w.origin, self.size * w.scale)
         if hit is None:
             return None
         region, idx = hit
-        block = logits_at(w.logits, idx) > 0
+        block = logits_at(w.logits, idx, 4 * w.scale) > 0
         block = np.transpose(block, self.grid.inv_perm)
         model_idx = tuple(idx[a] + w.origin[a] for a in range(3))
         return region, block, model_idx
@@ -263,7 +277,8 @@ class Engine:
         """An object's mask on the input grid from its windows (and an optional given base mask).
 
         Where windows overlap, a voxel takes the prediction of the window whose centre is nearest
-        (Chebyshev distance in model voxels; ties: the earlier window). Outside all windows the base
+        (Chebyshev distance in model voxels; ties: the earlier window); full-resolution windows take
+        precedence over zoomed-out ones wherever they reach. Outside all windows the base
         mask (from :meth:`Session.set_mask`) applies. Returns ``(region, bool block)`` or ``None``.
         """
         assert self.grid is not None
@@ -290,9 +305,10 @@ class Engine:
             return region, out
         best = np.full(shape, np.inf, np.float32)
         inv = self.grid.inv_perm
-        half = self.size / 2 - 0.5
         for w, (r, block, midx) in live:
-            d = [np.abs(midx[a] - (w.origin[a] + half)).astype(np.float32) for a in range(3)]
+            half = self.size * w.scale / 2 - 0.5
+            coarse = 1e6 * (w.scale - 1)  # any full-resolution window is "nearer"
+            d = [np.abs(midx[a] - (w.origin[a] + half)).astype(np.float32) + coarse for a in range(3)]
             # Chebyshev distance, broadcast in model axis order then moved to input order
             dist = np.maximum(np.maximum(d[0][:, None, None], d[1][None, :, None]), d[2][None, None, :])
             dist = np.transpose(dist, inv)

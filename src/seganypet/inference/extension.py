@@ -34,14 +34,16 @@ from seganypet.inference.engine import Engine, Window, logits_at
 logger = logging.getLogger("seganypet.inference")
 
 
-def shift_lowres(logits: np.ndarray, delta: Sequence[float]) -> np.ndarray:
-    """Resample low-res logits ``(M, M, M)`` of a crop onto the low-res grid of a crop displaced by
-    ``delta`` low-res cells (= displacement in voxels / 4); 0 where the source does not reach."""
+def shift_lowres(logits: np.ndarray, delta: Sequence[float], ratio: float = 1.0) -> np.ndarray:
+    """Resample low-res logits ``(M, M, M)`` of a crop onto the low-res grid of another crop whose
+    cell ``c`` sits at source cell coordinate ``ratio · c + delta`` (trilinear; 0 where the source
+    does not reach). Same scale: ``delta`` = displacement in voxels / 4 and ``ratio`` 1; a
+    full-resolution crop inside a zoomed-out (scale 2) one: ``ratio`` 0.5."""
     m = logits.shape[0]
     out = logits.astype(np.float32)
     inside = []
     for a in range(3):
-        x = np.arange(m, dtype=np.float64) + float(delta[a])
+        x = ratio * np.arange(m, dtype=np.float64) + float(delta[a])
         inside.append((x >= -0.5) & (x <= m - 0.5))
         xc = np.clip(x, 0, m - 1)
         i0 = np.floor(xc).astype(np.int64)

@@ -23,10 +23,12 @@ from seganypet.image import PETImage
 from seganypet.inference.engine import Engine, Window, resolve_device
 from seganypet.inference.extension import negative_points, rebuild_extensions
 from seganypet.inference.journal import rle_encode
+from seganypet.inference.zoom import rebuild_zoom
 
 logger = logging.getLogger("seganypet.inference")
 
 Region = tuple[slice, slice, slice]
+LARGE_OBJECTS = ("extend", "zoom", "zoom-coarse", "none")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,11 @@ class Session:
             ``"suv_clip"`` or ``"none"`` (identity: for images already normalised).
         crop_policy: ``"pad"`` (crop centred on the first click, zero-padded beyond the image, as in
             training) or ``"shift"`` (moved inside the image).
-        extend: add windows when a mask touches a crop face (objects larger than one crop).
+        extend: handle objects larger than one crop (``False`` is ``large_objects="none"``).
+        large_objects: what happens when a mask touches a crop face: ``"extend"`` (default: further
+            full-resolution windows along the touched faces), ``"zoom"`` (a zoomed-out 3 mm pass, then
+            full-resolution refine windows over its mask), ``"zoom-coarse"`` (the zoomed-out pass
+            only) or ``"none"``. See docs/session.md for the comparison that chose the default.
         max_windows: bound on windows per object (extension stops there).
         extension_overlap: voxels (1.5 mm) an extension window shares with its parent.
         others_negative: give the other objects' masks in a crop to the model as negative points.
@@ -78,6 +84,7 @@ class Session:
         normalization: str = "model",
         crop_policy: str = "pad",
         extend: bool = True,
+        large_objects: str = "extend",
         max_windows: int = 8,
         extension_overlap: int = 32,
         others_negative: bool = False,
@@ -96,7 +103,12 @@ class Session:
         self.model = model
         self.overlap = overlap
         self.crop_policy = crop_policy
-        self.extend = extend
+        if large_objects not in LARGE_OBJECTS:
+            raise InputError(
+                f"large_objects must be one of {', '.join(LARGE_OBJECTS)}, not {large_objects!r}."
+            )
+        self.large_objects = large_objects if extend else "none"
+        self.extend = self.large_objects != "none"
         self.max_windows = int(max_windows)
         self.extension_overlap = int(extension_overlap)
         self.others_negative = others_negative
@@ -299,7 +311,7 @@ class Session:
         s = self.engine.size
         best, best_d = None, None
         for i, w in enumerate(obj.windows):
-            if not w.contains(m, s):
+            if w.scale != 1 or not w.contains(m, s):
                 continue
             d = max(abs(m[a] - (w.origin[a] + s / 2 - 0.5)) for a in range(3))
             if best_d is None or d < best_d:
@@ -310,9 +322,17 @@ class Session:
         self, obj: ObjectState, windows: list[Window], event: dict[str, Any], t0: float
     ) -> np.ndarray:
         t1 = time.perf_counter()
-        if self.extend:
+        if self.large_objects == "extend":
             new = rebuild_extensions(
                 self.engine, windows, max_windows=self.max_windows, overlap=self.extension_overlap
+            )
+        elif self.large_objects in ("zoom", "zoom-coarse"):
+            new = rebuild_zoom(
+                self.engine,
+                windows,
+                max_windows=self.max_windows,
+                overlap=self.extension_overlap,
+                refine=self.large_objects == "zoom",
             )
         else:
             new = tuple(windows)
@@ -587,7 +607,7 @@ class Session:
 
     def windows(self, label: int | str | None = None) -> list[dict[str, Any]]:
         """The crops of an object: ``origin`` (model grid index), ``kind``, ``points``, ``labels``,
-        ``box``."""
+        ``box``, ``scale`` (model voxels per crop voxel)."""
         self._require_image()
         label = self._active if label is None else self._resolve(label)
         if label is None:
@@ -599,6 +619,7 @@ class Session:
                 "points": [list(p) for p in w.points],
                 "labels": list(w.labels),
                 "box": None if w.box is None else [list(c) for c in w.box],
+                "scale": w.scale,
             }
             for w in self._objects[label].windows
         ]
