@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_median": float(np.median([r["seconds"] for r in sel])),
                 }
             )
-    header = f"{'organs':27s} {'strategy':12s} {'n':>3} {'Dice mean':>9} {'min':>6} {'windows':>7} {'enc':>5} {'s':>6}"
+    header = (
+        f"{'organs':27s} {'strategy':12s} {'n':>3} {'Dice mean':>9} {'min':>6} {'windows':>7} "
+        f"{'enc':>5} {'s':>6}"
+    )
     print("\noracle network (perfect at its low-res grid), first click at the deepest voxel\n")
     print(header + "\n" + "-" * len(header))
     for s in summary:

@@ -65,12 +65,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench_one(preset: str, threads: int, repeats: int) -> dict:
+def bench_one(preset: str, threads: int, repeats: int, tune_malloc: bool = True) -> dict:
     import torch
 
     from seganypet.build import build_model
     from seganypet.inference import Session
+    from seganypet.utils import tune_allocator
 
+    if tune_malloc:  # as the CLI and the server do
+        tune_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     img = synthetic_image()
@@ -129,10 +132,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["vit_b_ori", "small"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--no-tune-malloc", action="store_true", help="leave glibc's allocator thresholds at their defaults"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(bench_one(args.one, args.threads, args.repeats)))
+        print(json.dumps(bench_one(args.one, args.threads, args.repeats, not args.no_tune_malloc)))
         return 0
     rows = []
     for preset in args.models:
@@ -146,6 +152,7 @@ def main() -> int:
             str(args.threads),
             "--repeats",
             str(args.repeats),
+            *(["--no-tune-malloc"] if args.no_tune_malloc else []),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -155,6 +162,7 @@ def main() -> int:
         "image": {"shape": [200, 200, 400], "spacing_mm": [4.0, 4.0, 3.0]},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_after": load},
         "command": "python benchmarks/session.py " + " ".join(sys.argv[1:]),
+        "tune_malloc": not args.no_tune_malloc,
         "results": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
