@@ -94,3 +94,26 @@ def test_demo_with_default_model(tmp_path: Path, capsys) -> None:
     assert organ["name"] == "liver" and lesion["kind"] == "lesion"
     # the shipped model is weak on phantoms (docs/model_card.md); the demo must still find the liver
     assert organ["dice_per_click"][-1] > 0.05
+
+
+def test_demo_on_the_builtin_anatomy(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    """What a machine without the shared CT organ map runs (the fallback is tested in tests/phantoms)."""
+    out = tmp_path / "demo"
+    argv = [
+        "--no-progress",
+        "demo",
+        "--model",
+        str(tiny_model),
+        "--anatomy",
+        "builtin",
+        "-o",
+        str(out),
+        "--clicks",
+        "1",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "demo.json").read_text())
+    assert "anatomy='builtin'" in summary["phantom"]
+    assert summary["objects"][0]["name"] == "liver"
+    assert main([*argv[:-4], "--anatomy", str(tmp_path / "none"), "-o", str(tmp_path / "d3")]) == 2
+    assert "anatomy not found" in capsys.readouterr().err

@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use this phantom folder (pet.nii.gz, labels.nii.gz, labels.json) instead of generating one",
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--anatomy",
+        default=None,
+        help="phantom anatomy: a folder with organs.nii.gz and ct.nii.gz, or 'builtin' (default: the "
+        "shared CT organ map when found, else the built-in parametric torso)",
+    )
 
 
 def _load_phantom(folder: Path) -> tuple[Any, np.ndarray, dict[int, dict[str, str]]]:
@@ -96,6 +102,7 @@ def run_demo(
     clicks: int = 3,
     phantom_dir: Path | None = None,
     device: str = "cpu",
+    anatomy: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary written to ``out/demo.json``."""
     from seganypet.errors import InputError
@@ -115,9 +122,9 @@ def run_demo(
     else:
         from seganypet.phantoms import make_phantom
 
-        ph = make_phantom(seed, "torso", tracer)
+        ph = make_phantom(seed, "torso", tracer, anatomy=anatomy)
         pet, labels, info = ph.pet, np.asarray(ph.labels).astype(np.int32), ph.label_info
-        source = f"make_phantom({seed}, 'torso', {tracer!r})"
+        source = f"make_phantom({seed}, 'torso', {tracer!r}, anatomy={ph.info.get('anatomy_source')!r})"
     times["phantom_s"] = time.perf_counter() - t0
     objects = _pick_objects(labels, info, organ)
     t = time.perf_counter()
@@ -196,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         clicks=args.clicks,
         phantom_dir=Path(args.phantom) if args.phantom else None,
         device=args.device,
+        anatomy=args.anatomy,
     )
     print(f"seganypet demo: phantom {s['phantom']}, model {s['model']}")
     header = "  ".join(f"click {i + 1:d}" for i in range(len(s["objects"][0]["dice_per_click"])))

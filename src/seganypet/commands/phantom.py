@@ -44,10 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subsets", type=int, default=24, help="OSEM subsets (default 24)")
     parser.add_argument(
         "--anatomy",
-        type=Path,
         default=None,
-        help="folder with organs.nii.gz and ct.nii.gz (default: $SEGANYPET_ANATOMY or "
-        "../shared/data/anatomy)",
+        help="folder with organs.nii.gz and ct.nii.gz, or 'builtin' for the built-in parametric torso "
+        "(default: $SEGANYPET_ANATOMY, else ../shared/data/anatomy when found, else builtin)",
     )
     parser.add_argument(
         "--dicom", action="store_true", help="also write the PET as a DICOM PT series (Bq/mL)"

@@ -5,7 +5,9 @@ see ``organs_labels.json``) and ``ct.nii.gz`` (HU) on the same grid (lower thora
 It is never copied into the repository. The folder is the ``anatomy`` argument, else
 ``$SEGANYPET_ANATOMY`` (each used alone when given), else the first that exists of
 ``$SEGANYPET_SHARED/data/anatomy``, ``../shared/data/anatomy`` beside the source checkout and
-``../shared/data/anatomy`` relative to the working directory.
+``../shared/data/anatomy`` relative to the working directory. Without any of them, the built-in
+parametric torso of :mod:`seganypet.phantoms.builtin_anatomy` is used (``anatomy="builtin"`` asks for
+it explicitly).
 
 Two label spaces are used:
 
@@ -261,8 +263,28 @@ def _load_cached(path_str: str) -> SourceAnatomy:
 
 
 def load_anatomy(anatomy: str | os.PathLike[str] | None = None) -> SourceAnatomy:
-    """Read (and cache) the anatomy folder found by :func:`find_anatomy`."""
-    return _load_cached(str(find_anatomy(anatomy).resolve()))
+    """Read (and cache) the anatomy folder found by :func:`find_anatomy`.
+
+    ``anatomy="builtin"`` gives the built-in parametric torso
+    (:mod:`seganypet.phantoms.builtin_anatomy`). So does ``None`` when no folder is found and
+    ``$SEGANYPET_ANATOMY`` is not set (with a warning), so phantoms and ``seganypet demo`` work on any
+    machine; a folder that is named but missing is an :class:`AnatomyError`.
+    """
+    from seganypet.phantoms.builtin_anatomy import BUILTIN, builtin_anatomy
+
+    if anatomy is not None and str(anatomy) == BUILTIN:
+        return builtin_anatomy()
+    try:
+        path = find_anatomy(anatomy)
+    except AnatomyError:
+        if anatomy is not None or os.environ.get("SEGANYPET_ANATOMY"):
+            raise
+        logger.warning(
+            "the shared CT organ map (data/anatomy) was not found; using the built-in parametric "
+            "torso anatomy (idealised organ shapes). Give the folder with --anatomy or SEGANYPET_ANATOMY."
+        )
+        return builtin_anatomy()
+    return _load_cached(str(path.resolve()))
 
 
 def source_lookup_tables() -> tuple[np.ndarray, np.ndarray]:

@@ -247,6 +247,7 @@ def make_phantom(
         "seed": int(seed),
         "kind": kind,
         "tracer": tracer,
+        "anatomy_source": "builtin" if str(src.path) == "builtin" else "ct-organ-map",
         "spacing_mm": sp,
         "shape": list(shape),
         "scale": [round(v, 4) for v in subject.scale],
