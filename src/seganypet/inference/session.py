@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,23 +23,13 @@ from seganypet.image import PETImage
 from seganypet.inference.engine import Engine, Window, resolve_device
 from seganypet.inference.extension import negative_points, rebuild_extensions
 from seganypet.inference.journal import rle_encode
+from seganypet.inference.objects import ObjectsMixin, ObjectState
 from seganypet.inference.zoom import rebuild_zoom
 
 logger = logging.getLogger("seganypet.inference")
 
 Region = tuple[slice, slice, slice]
 LARGE_OBJECTS = ("extend", "zoom", "zoom-coarse", "none")
-
-
-@dataclass(frozen=True)
-class ObjectState:
-    """Immutable state of one object (undo snapshots share these)."""
-
-    label: int
-    name: str
-    windows: tuple[Window, ...] = ()
-    base: tuple[Region, np.ndarray] | None = None  # a mask given with set_mask (input grid)
-    n_prompts: int = 0
 
 
 def _holds(raw: tuple[Region, np.ndarray] | None, vox: np.ndarray) -> bool:
@@ -51,7 +41,7 @@ def _holds(raw: tuple[Region, np.ndarray] | None, vox: np.ndarray) -> bool:
     return all(0 <= rel[q] < block.shape[q] for q in range(3)) and bool(block[tuple(rel)])
 
 
-class Session:
+class Session(ObjectsMixin):
     """Interactive promptable segmentation of one PET image.
 
     Args:
@@ -198,92 +188,6 @@ class Session:
         self._require_image()
         assert self.engine.grid is not None
         return self.engine.grid.shape, self.engine.grid.affine
-
-    # --- objects ------------------------------------------------------------------------------
-    def _resolve(self, label_or_name: int | str) -> int:
-        if isinstance(label_or_name, str) and not label_or_name.isdigit():
-            hits = [k for k, o in self._objects.items() if o.name == label_or_name]
-            if not hits:
-                raise InputError(f"There is no object named {label_or_name!r}.")
-            return hits[0]
-        try:
-            label = int(label_or_name)
-        except (TypeError, ValueError):
-            raise InputError(f"{label_or_name!r} is not an object label or name.") from None
-        if label not in self._objects:
-            raise InputError(f"There is no object with label {label}.")
-        return label
-
-    def new_object(self, name: str | None = None) -> int:
-        """Start a new object (it becomes the active one); returns its label (1, 2, ...)."""
-        self._require_image()
-        label = self._next_label
-        if label > 65535:
-            raise SessionStateError("Too many objects (labels are uint16).")
-        name = f"object {label}" if name is None else str(name).strip()
-        if not name:
-            raise InputError("An object name must not be empty.")
-        if any(o.name == name for o in self._objects.values()):
-            raise InputError(f"An object named {name!r} exists already.")
-        objects = dict(self._objects)
-        objects[label] = ObjectState(label, name)
-        self._commit(objects, label, {"op": "new_object", "label": label, "name": name})
-        return label
-
-    def select_object(self, label_or_name: int | str) -> int:
-        """Make an object the active one (by label or name); returns its label."""
-        label = self._resolve(label_or_name)
-        self._active = label
-        self._journal.append({"op": "select_object", "label": label})
-        return label
-
-    def delete_object(self, label: int | str) -> None:
-        """Remove an object; the active object becomes the last remaining one (or none)."""
-        label = self._resolve(label)
-        objects = {k: v for k, v in self._objects.items() if k != label}
-        active = self._active if self._active != label else (max(objects) if objects else None)
-        self._commit(objects, active, {"op": "delete_object", "label": label})
-
-    def rename_object(self, label: int | str, name: str) -> None:
-        """Give an object a new (unique, non-empty) name."""
-        label = self._resolve(label)
-        name = str(name).strip()
-        if not name:
-            raise InputError("An object name must not be empty.")
-        if any(o.name == name and k != label for k, o in self._objects.items()):
-            raise InputError(f"An object named {name!r} exists already.")
-        objects = dict(self._objects)
-        objects[label] = replace(objects[label], name=name)
-        self._commit(objects, self._active, {"op": "rename_object", "label": label, "name": name})
-
-    @property
-    def active_label(self) -> int | None:
-        """Label of the object that clicks go to (``None`` before the first object)."""
-        return self._active
-
-    @property
-    def names(self) -> dict[int, str]:
-        """``{label: name}`` of all objects."""
-        return {k: o.name for k, o in self._objects.items()}
-
-    @property
-    def objects(self) -> list[dict[str, Any]]:
-        """One dict per object: ``label``, ``name``, ``voxels`` (in the label map), ``n_prompts``,
-        ``windows`` (crops used)."""
-        lm = self.label_map if self._objects else None
-        out = []
-        for k, o in self._objects.items():
-            voxels = int(np.count_nonzero(lm == k)) if lm is not None else 0
-            out.append(
-                {
-                    "label": k,
-                    "name": o.name,
-                    "voxels": voxels,
-                    "n_prompts": o.n_prompts,
-                    "windows": len(o.windows),
-                }
-            )
-        return out
 
     # --- prompts ------------------------------------------------------------------------------
     def _parse_point(self, ijk: Any, what: str = "Point") -> tuple[np.ndarray, np.ndarray]:
