@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from seganypet.errors import InputError
+from seganypet.io.archive import extract_members
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -112,54 +113,31 @@ def safe_extract_zip(
     if not zipfile.is_zipfile(archive):
         raise UnsafeInputError("The uploaded file is not a valid zip archive.")
     dest.mkdir(parents=True, exist_ok=True)
-    out: list[Path] = []
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as err:
         raise UnsafeInputError(f"The uploaded zip archive cannot be opened ({err}).") from None
     with zf:
         infos = zf.infolist()
-        if len(infos) > max_members:
-            raise UnsafeInputError(
-                f"The zip archive has {len(infos)} members, more than the limit {max_members}."
-            )
         declared = sum(i.file_size for i in infos)
         if declared > max_total_bytes:
             raise UnsafeInputError(
                 f"The zip archive would unpack to {declared / 1e6:.0f} MB, above the limit "
                 f"{max_total_bytes / 1e6:.0f} MB."
             )
-        written = 0
-        for n, info in enumerate(infos):
-            name = info.filename.replace("\\", "/")
-            if info.is_dir():
-                continue
-            if name.startswith("/") or ".." in name.split("/") or ":" in name.split("/")[0]:
-                raise UnsafeInputError(f"The zip archive member {name!r:.120} has an unsafe path.")
-            mode = (info.external_attr >> 16) & 0o170000
-            if mode == 0o120000:
-                raise UnsafeInputError(f"The zip archive member {name!r:.120} is a symbolic link.")
-            if info.compress_size and info.file_size / max(info.compress_size, 1) > max_ratio:
-                raise UnsafeInputError(
-                    f"The zip archive member {name!r:.120} is compressed more than {max_ratio:.0f}:1 "
-                    "(a zip bomb?)."
-                )
-            target = dest / f"{n:06d}_{sanitize_filename(name)}"
-            try:
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    while True:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        written += len(chunk)
-                        if written > max_total_bytes:
-                            raise UnsafeInputError(
-                                f"The zip archive unpacks to more than {max_total_bytes / 1e6:.0f} MB."
-                            )
-                        dst.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as err:
-                raise UnsafeInputError(f"The zip archive member {name!r:.120} is corrupt ({err}).") from None
-            out.append(target)
+        try:
+            out = extract_members(
+                zf,
+                dest,
+                error=UnsafeInputError,
+                prefix="The zip archive ",
+                max_members=max_members,
+                max_bytes=max_total_bytes,
+                max_ratio=max_ratio,
+                target_of=lambda n, parts: dest / f"{n:06d}_{sanitize_filename('/'.join(parts))}",
+            )
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as err:
+            raise UnsafeInputError(f"The zip archive is corrupt ({err}).") from None
     if not out:
         raise UnsafeInputError("The zip archive contains no files.")
     return out
