@@ -36,6 +36,8 @@ def test_demo_with_tiny_model(tiny_model: Path, phantom_dataset: Path, tmp_path:
             str(out),
             "--clicks",
             "2",
+            "--organ",
+            "liver",
         ]
     )
     assert rc == 0
@@ -91,9 +93,9 @@ def test_demo_with_default_model(tmp_path: Path, capsys) -> None:
     assert summary["model"].endswith("default.pt")
     assert summary["times_s"]["total_s"] < 120  # the budget on 2 CPU cores
     organ, lesion = summary["objects"]
-    assert organ["name"] == "liver" and lesion["kind"] == "lesion"
-    # the shipped model is weak on phantoms (docs/model_card.md); the demo must still find the liver
-    assert organ["dice_per_click"][-1] > 0.05
+    assert organ["name"] == "bladder" and lesion["kind"] == "lesion"
+    # the shipped model segments the bladder on held-out phantoms at 3 clicks (0.83-0.91, model card)
+    assert organ["dice_per_click"][-1] > 0.6
 
 
 def test_demo_on_the_builtin_anatomy(tiny_model: Path, tmp_path: Path, capsys) -> None:
@@ -114,6 +116,6 @@ def test_demo_on_the_builtin_anatomy(tiny_model: Path, tmp_path: Path, capsys) -
     assert main(argv) == 0
     summary = json.loads((out / "demo.json").read_text())
     assert "anatomy='builtin'" in summary["phantom"]
-    assert summary["objects"][0]["name"] == "liver"
+    assert summary["objects"][0]["name"] == "bladder"
     assert main([*argv[:-4], "--anatomy", str(tmp_path / "none"), "-o", str(tmp_path / "d3")]) == 2
     assert "anatomy not found" in capsys.readouterr().err
