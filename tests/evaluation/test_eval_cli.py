@@ -259,6 +259,9 @@ def test_evaluate_large_object_strategies_side_by_side(dataset, tmp_path, capsys
     assert {r["method"] for r in rows} == {"tiny", "tiny+zoom", "threshold-41"}  # baselines run once
     run = json.loads((out / "run.json").read_text())
     assert run["fingerprints"]["tiny+zoom"] == run["fingerprints"]["tiny"] + "+zoom"  # cached apart
+    from seganypet.evaluation.engines import make_engine
+
+    assert make_engine(str(ckpt), large_objects="zoom").session.large_objects == "zoom"
     with pytest.raises(SystemExit) as exc:
         main([*argv[:-5], "--large-objects", "sideways", "-o", str(tmp_path / "bad")])
     assert exc.value.code == 2 and "sideways" in capsys.readouterr().err

@@ -208,7 +208,17 @@ def test_dicom_seg_output_from_real_dicom(tmp_path, capsys, tiny_model_path, sha
 
 
 @pytest.mark.parametrize("strategy", ["zoom", "zoom-coarse", "none"])
-def test_large_objects_option(tmp_path, capsys, tiny_model_path, pet_path, strategy):
+def test_large_objects_option(tmp_path, capsys, tiny_model_path, pet_path, strategy, monkeypatch):
+    import seganypet.inference as inference
+
+    seen = []
+
+    class Recording(inference.Session):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.large_objects)
+
+    monkeypatch.setattr(inference, "Session", Recording)
     out = tmp_path / f"{strategy}.nii.gz"
     code, _, err = _run(
         capsys,
@@ -217,6 +227,7 @@ def test_large_objects_option(tmp_path, capsys, tiny_model_path, pet_path, strat
     )  # fmt: skip
     assert code == 0, err
     assert nib.load(out).shape == (40, 36, 50)
+    assert seen == [strategy]  # the option reaches the Session
 
 
 def test_large_objects_bad_value_exits_2(tmp_path, capsys, tiny_model_path, pet_path):

@@ -98,7 +98,6 @@ class Session(ObjectsMixin):
                 f"large_objects must be one of {', '.join(LARGE_OBJECTS)}, not {large_objects!r}."
             )
         self.large_objects = large_objects if extend else "none"
-        self.extend = self.large_objects != "none"
         self.max_windows = int(max_windows)
         self.extension_overlap = int(extension_overlap)
         self.others_negative = others_negative
